@@ -1,4 +1,4 @@
-# shellcheck shell=sh
+# shellcheck shell=sh disable=SC2154  # $here and $entry are set by the bin/ script that sources this
 # Sourced by every bin/ script after it sets $here (its own resolved directory)
 # and $entry (module:function). Finds the checkout, makes sure the venv exists
 # (bootstrapping it on first use), and runs the entry point with the venv's

@@ -7,6 +7,8 @@ by absolute path, through a symlink on PATH, or from any working directory.
 import os
 from pathlib import Path
 
+from clod.errors import ClodError
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -14,7 +16,12 @@ def state_dir() -> Path:
     """`CLOD_STATE_DIR`, else `state/` in the checkout. Created on first use."""
     configured = os.environ.get("CLOD_STATE_DIR")
     path = Path(configured).expanduser() if configured else ROOT / "state"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ClodError(
+            f"cannot use {path} as clod's state directory: {err.strerror}", hint="point CLOD_STATE_DIR at a directory you can write"
+        ) from None
     return path.resolve()
 
 

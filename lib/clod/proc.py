@@ -44,18 +44,19 @@ def run(
     *,
     check: bool = True,
     capture: bool = True,
-    input: str | None = None,
+    input: str | bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     timeout: float | None = None,
     inherit_stdin: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run argv to completion. With capture=False the child writes straight to
-    our stdout/stderr (for long steps the user should watch)."""
+    our stdout/stderr (for long steps the user should watch). Bytes `input`
+    (a tar stream, say) is passed as is; output is always text."""
     argv = [os.fspath(a) for a in argv]
     log.debug("+ " + shlex.join(argv))
     if input is not None:
-        stdin = subprocess.PIPE
+        stdin = None  # subprocess.run makes the pipe for `input`
     elif inherit_stdin:
         stdin = None
     else:
@@ -64,11 +65,9 @@ def run(
         result = subprocess.run(
             argv,
             stdin=stdin,
-            input=input,
+            input=input.encode() if isinstance(input, str) else input,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
-            text=True,
-            errors="surrogateescape",
             env=dict(env) if env is not None else None,
             cwd=cwd,
             timeout=timeout,
@@ -77,6 +76,9 @@ def run(
         raise ClodError(f"{argv[0]}: command not found", hint=install_hint(argv[0])) from None
     except subprocess.TimeoutExpired:
         raise ClodError(f'"{describe(argv)}" did not finish within {timeout:g}s') from None
+    for stream in ("stdout", "stderr"):
+        if isinstance(getattr(result, stream), bytes):
+            setattr(result, stream, getattr(result, stream).decode(errors="surrogateescape"))
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stdout or "", result.stderr or "")
     return result
@@ -115,3 +117,32 @@ def install_hint(program: str) -> str:
         "ssh-keygen": "install OpenSSH: sudo apt-get install openssh-client",
     }
     return hints.get(os.path.basename(program), f"install {program} and make sure it is on PATH")
+
+
+def run_foreground(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd=None) -> int:
+    """Run argv attached to our terminal and return its exit status.
+
+    A Ctrl-C reaches the child too (same process group); we then wait for it
+    to finish its own cleanup instead of killing it, as subprocess.run would,
+    and re-raise KeyboardInterrupt once it is done.
+    """
+    import signal
+
+    argv = [os.fspath(a) for a in argv]
+    log.debug("+ " + shlex.join(argv))
+    try:
+        child = subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd)
+    except FileNotFoundError:
+        raise ClodError(f"{argv[0]}: command not found", hint=install_hint(argv[0])) from None
+    interrupted = False
+    while True:
+        try:
+            status = child.wait()
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the cleanup
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+    return status

@@ -7,6 +7,7 @@ map exactly as it was.
 """
 
 import os
+import shlex
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ from clod.errors import ClodError
 
 SCHEMA = 1
 NAME_MAX = 64
+NAME_MAX_BYTES = 255  # a file name's limit in the guest, in UTF-8 bytes
 # Characters that cannot appear in a name: '/' splits paths, ':' and ','
 # are separators in Tart's `--dir name:path:opts` and QEMU's option syntax.
 NAME_FORBIDDEN = set("/:,\\")
@@ -89,10 +91,11 @@ def _protected() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         (tart_home, "Tart's VM directory"),
     ]
     no_inside = [
+        (str(paths.ROOT), "the clod checkout (the agent could change clod's own scripts)"),
         (state, "clod's state directory (it holds clod's SSH key)"),
         (tart_home, "Tart's VM directory"),
-        (os.path.join(home, ".ssh"), "your SSH keys"),
-        (os.path.join(home, ".gnupg"), "your GnuPG keys"),
+        (canonical(os.path.join(home, ".ssh")), "your SSH keys"),
+        (canonical(os.path.join(home, ".gnupg")), "your GnuPG keys"),
     ]
     return no_ancestor, no_inside
 
@@ -171,9 +174,12 @@ def _escaping_symlinks(root: str) -> list[tuple[str, str]]:
             seen += 1
             full = os.path.join(directory, entry)
             if os.path.islink(full):
-                target = os.path.realpath(full)
+                try:
+                    target, shown = os.path.realpath(full), os.readlink(full)
+                except OSError:  # e.g. a link through /proc/1/cwd: unreadable, so only a warning's loss
+                    continue
                 if not _is_inside(target, root):
-                    found.append((os.path.relpath(full, root), os.readlink(full)))
+                    found.append((os.path.relpath(full, root), shown))
         if seen > SYMLINK_SCAN_LIMIT:
             break
     return found
@@ -187,7 +193,10 @@ def sanitize(name: str) -> str:
     name = unicodedata.normalize("NFC", name)
     cleaned = "".join("-" if c in NAME_FORBIDDEN or unicodedata.category(c).startswith("C") else c for c in name)
     cleaned = cleaned.strip(" ").lstrip(".-").rstrip(" .")
-    return cleaned[:NAME_MAX].rstrip(" .") or "project"
+    cleaned = cleaned[:NAME_MAX]
+    while len(cleaned.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+        cleaned = cleaned[:-1]
+    return cleaned.rstrip(" .") or "project"
 
 
 def _taken(name: str, projects: list[Project], path: str) -> bool:
@@ -230,7 +239,7 @@ def add(spelling: str, name: str | None = None) -> tuple[Project, bool]:
             owner = next(p for p in projects if p.name.casefold() == wanted.casefold())
             raise ClodError(
                 f"the name '{wanted}' is already used by {owner.path}",
-                hint=f"pick another name: clod add '{spelling}' OTHER-NAME",
+                hint=f"pick another name: clod add {shlex.quote(spelling)} OTHER-NAME",
             )
         now = time.time_ns()
         if existing:
@@ -253,7 +262,7 @@ def add(spelling: str, name: str | None = None) -> tuple[Project, bool]:
 
 def find(spec: str, projects: list[Project]) -> Project | None:
     """A project by name, or by any spelling of its path (even a deleted one)."""
-    looks_like_path = "/" in spec or spec in (".", "..") or spec.startswith("~")
+    looks_like_path = "/" in spec  # names never contain '/'; "~app" or "." may still be a name or a path
     if not looks_like_path:
         by_name = next((p for p in projects if p.name == spec), None)
         by_name = by_name or next((p for p in projects if p.name.casefold() == spec.casefold()), None)
@@ -282,7 +291,7 @@ def touch(project: Project) -> Project:
         projects = load()
         current = next((p for p in projects if p.path == project.path), None)
         if current is None:
-            raise ClodError(f"project {project.path} is no longer mapped", hint=f"clod add '{project.path}'")
+            raise ClodError(f"project {project.path} is no longer mapped", hint=f"clod add {shlex.quote(project.path)}")
         current.used = time.time_ns()
         _save(projects)
         return current
@@ -297,9 +306,17 @@ def for_vm(projects: list[Project]) -> list[Project]:
     missing = [p for p in projects if not p.exists]
     if missing:
         listed = ", ".join(f"'{p.name}' ({p.path})" for p in missing)
-        removes = "; ".join(f"clod remove '{p.name}'" for p in missing)
+        removes = "; ".join(f"clod remove {shlex.quote(p.name)}" for p in missing)
         raise ClodError(
             f"mapped project directory missing on this host: {listed}",
             hint=f"restore it, or stop mapping it: {removes}",
         )
+    # A mapped directory replaced by a symlink (to ~, say) would share the
+    # symlink's target: refuse it, it was never checked.
+    for p in projects:
+        if canonical(p.path) != p.path:
+            raise ClodError(
+                f"mapped project '{p.name}' ({p.path}) is now a symlink to {canonical(p.path)}",
+                hint=f"stop mapping it (clod remove {shlex.quote(p.name)}), then add the directory you mean",
+            )
     return sorted(projects, key=lambda p: p.added)

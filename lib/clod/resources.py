@@ -8,13 +8,14 @@ are validated against the host with the numbers in the error.
 import os
 import platform
 import re
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 
 MIB = 1 << 20
 MIN_MEMORY_MIB = {"macos": 2048, "linux": 1024}
 UNITS = {"": MIB, "K": 1 << 10, "M": MIB, "G": 1 << 30, "T": 1 << 40}
+# Which cgroup this process is in; a constant so tests can point it at a fake.
+SELF_CGROUP = "/proc/self/cgroup"
 MEMORY_SYNTAX = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
@@ -82,9 +83,11 @@ def host_facts(system: str | None = None) -> HostFacts:
 
 
 def darwin_facts() -> HostFacts:
-    out = subprocess.run(
-        ["sysctl", "-n", "hw.ncpu", "hw.memsize"], capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
-    ).stdout.split()
+    from clod import proc  # the one subprocess choke point: a failure is one readable line
+
+    out = proc.run(["sysctl", "-n", "hw.ncpu", "hw.memsize"]).stdout.split()
+    if len(out) != 2 or not all(word.isdigit() for word in out):
+        raise SizeError(f"'sysctl -n hw.ncpu hw.memsize' printed {' '.join(out)!r}, not two numbers")
     return HostFacts(cpus=int(out[0]), memory_bytes=int(out[1]))
 
 
@@ -113,7 +116,7 @@ def linux_memory(proc: str = "/proc", cgroup: str = "/sys/fs/cgroup") -> int:
 def _own_cgroup_dir(cgroup: str) -> str:
     # cgroup v2: /proc/self/cgroup has one line "0::/path".
     try:
-        with open("/proc/self/cgroup") as own:
+        with open(SELF_CGROUP) as own:
             for line in own:
                 if line.startswith("0::"):
                     return os.path.join(cgroup, line[3:].strip().lstrip("/"))

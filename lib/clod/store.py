@@ -21,7 +21,11 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 
 
 def lock_timeout() -> float:
-    return float(os.environ.get("CLOD_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+    value = os.environ.get("CLOD_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT)
+    try:
+        return float(value)
+    except ValueError:
+        raise ClodError(f"CLOD_LOCK_TIMEOUT={value!r} is not a number of seconds", hint="unset it, or set e.g. CLOD_LOCK_TIMEOUT=60") from None
 
 
 def _record_holder(fd: int):
@@ -46,11 +50,18 @@ def locked(name: str, timeout: float | None = None, purpose: str = "update clod'
         on_acquired=_record_holder,
     )
     try:
-        lock.acquire()
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            # Busy: say who we wait for, then wait (bounded).
+            from clod import log
+
+            log.info(f"waiting for another clod command (pid {_read_holder(path)}) to finish before this one can {purpose} ...")
+            lock.acquire()
     except filelock.Timeout:
         holder = _read_holder(path)
         raise ClodError(
-            f"another clod command (pid {holder}) is still running and holds {path}",
+            f"another clod command (pid {holder}) is still running and holds {path}, so this one could not {purpose}",
             hint=f"wait for it to finish, or stop it (kill {holder}); the lock is freed the moment it exits",
         ) from None
     try:
@@ -74,6 +85,8 @@ def read_json(path: Path, schema: int, default=None):
         return default
     except OSError as err:
         raise ClodError(f"cannot read {path}: {err.strerror}", hint=f"check the permissions of {path.parent}") from None
+    except UnicodeDecodeError:
+        raise corrupt(path, "it is not valid UTF-8 text") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -17,7 +17,7 @@ Options:
 ADD = """clod-add: map a project directory into the clod VM and make it active.
 
 Usage:
-  clod-add [options] <dir> [<name>]
+  clod-add [options] [--] <dir> [<name>]
 
 DIR may be relative, symlinked or end in '/': the key is its physical path, so
 one directory is one project. NAME defaults to the directory's base name (made
@@ -30,7 +30,7 @@ Prints the project's name.
 REMOVE = """clod-remove: stop mapping a project. Its files are never touched.
 
 Usage:
-  clod-remove [options] <dir-or-name>
+  clod-remove [options] [--] <dir-or-name>
 
 Accepts the project's name or any spelling of its path, also after the
 directory was deleted or renamed on the host. Prints the removed name.

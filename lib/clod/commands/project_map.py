@@ -1,8 +1,8 @@
 """project-map: the host directories the VM may see.
 
 Usage:
-  project-map add [options] <dir> [<name>]
-  project-map remove [options] <dir-or-name>
+  project-map add [options] [--] <dir> [<name>]
+  project-map remove [options] [--] <dir-or-name>
   project-map list [options] [--json]
   project-map dirs [options] [-0]
   project-map active [options]
@@ -20,7 +20,7 @@ Verbs:
 
 Options:
   --json         machine-readable output
-  -0             separate lines with NUL instead of newline
+  -0 --null      separate lines with NUL instead of newline
   -q --quiet     only errors on stderr
   -v --verbose   more detail on stderr
   --debug        log every command run, and tracebacks
@@ -32,6 +32,7 @@ Environment: CLOD_STATE_DIR (default: state/ in the checkout).
 """
 
 import json
+import shlex
 import sys
 
 from clod import cli, log, projects
@@ -70,12 +71,12 @@ def do_list(args):
     width = max(len(p.name) for p in mapped)
     for p in mapped:
         mark = "*" if p is current else " "
-        missing = "" if p.exists else "   (missing on this host: clod remove '" + p.name + "')"
+        missing = "" if p.exists else f"   (missing on this host: clod remove {shlex.quote(p.name)})"
         print(f"{mark} {p.name:<{width}}  {p.path}{missing}")
 
 
 def do_dirs(args):
-    end = "\0" if args["-0"] else "\n"
+    end = "\0" if args["--null"] else "\n"
     for p in projects.for_vm(projects.load()):
         sys.stdout.write(f"--dir={p.name}:{p.path}{end}")
 
@@ -96,4 +97,9 @@ def dispatch(args):
 
 
 def main():
-    cli.main(__doc__, dispatch, "project-map")
+    # docopt-ng reads a bare "-0" as the number zero, not as an option, so it
+    # is spelled --null for the parser (only before a "--").
+    argv = sys.argv[1:]
+    end = argv.index("--") if "--" in argv else len(argv)
+    argv = ["--null" if arg == "-0" else arg for arg in argv[:end]] + argv[end:]
+    cli.main(__doc__, dispatch, "project-map", argv)

@@ -35,8 +35,8 @@ from clod.resources import MIB, SizeError, guest_size, host_facts
 def calculate(guest_os: str):
     import os
 
-    host = host_facts()
     try:
+        host = host_facts()
         size = guest_size(host, guest_os, os.environ.get("CLOD_CPUS"), os.environ.get("CLOD_MEMORY"))
     except SizeError as err:
         raise ClodError(str(err), hint="fix or unset CLOD_CPUS / CLOD_MEMORY") from None
