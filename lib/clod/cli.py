@@ -7,7 +7,6 @@ remote command's, say) passes through as the handler's return value.
 
 import os
 import sys
-import traceback
 from collections.abc import Callable
 
 from clod import log
@@ -42,8 +41,7 @@ def main(doc: str, handler: Callable[[dict], int | None], prog: str, argv: list[
         status = handler(args)
     except ClodError as err:
         log.error(err.message, err.hint)
-        if log.level >= log.DEBUG:
-            traceback.print_exc()
+        _traceback_if_debugging()
         status = err.exit_code
     except KeyboardInterrupt:
         log.error("interrupted")
@@ -54,14 +52,20 @@ def main(doc: str, handler: Callable[[dict], int | None], prog: str, argv: list[
         status = 0
     except Exception as err:  # a bug in clod: say so, keep the traceback for --debug
         log.error(f"internal error: {type(err).__name__}: {err}", "run again with --debug and report the traceback")
-        if log.level >= log.DEBUG:
-            traceback.print_exc()
+        _traceback_if_debugging()
         status = EXIT_ERROR
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
     sys.exit(status or 0)
+
+
+def _traceback_if_debugging():
+    if log.level >= log.DEBUG:
+        import traceback  # only here: it costs start-up time every script would pay
+
+        traceback.print_exc()
 
 
 def _silence_stdout():
