@@ -21,6 +21,9 @@ STAMPS := $(STATE)/stamps
 # `make -C ~/clodpod run PROJECT=.` maps the directory you are in.
 PROJECT ?= .
 ARGS ?=
+# PROJECT single-quoted for the recipe shell, whatever characters it holds.
+quoted = '$(subst ','\'',$(1))'
+
 
 # Image settings. Changing one rebuilds what depends on it (see *_VARS below).
 MACOS_VERSION ?= tahoe
@@ -119,10 +122,10 @@ rebuild-dst: ## @HELP drop the dst stamp: the next run rebuilds only dst
 
 # ---------------------------------------------------------------- VMs
 run: venv ## @HELP run Claude Code on PROJECT in the VM (ARGS='-- CMD...' runs CMD)
-	cd "$(PWD)" && $(BIN)/clod run --project "$(PROJECT)" $(ARGS)
+	cd $(call quoted,$(PWD)) && $(BIN)/clod run --project $(call quoted,$(value PROJECT)) $(ARGS)
 
 shell: venv ## @HELP a shell in the VM, in PROJECT
-	cd "$(PWD)" && $(BIN)/clod shell --project "$(PROJECT)"
+	cd $(call quoted,$(PWD)) && $(BIN)/clod shell --project $(call quoted,$(value PROJECT))
 
 stop: venv ## @HELP stop every clod VM (clean shutdown first)
 	$(BIN)/clod stop

@@ -132,6 +132,25 @@ def write_json(path: Path, data: dict):
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    _remove_orphans(path)
+
+
+def _remove_orphans(path: Path):
+    """Temp files of writers that were killed mid-write (kill -9, power loss)."""
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = orphan.name[len(path.name) + 2 :].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path):
