@@ -35,8 +35,7 @@ export MACOS_VERSION MACOS_FLAVOR DEBIAN_SUITE CLAUDE_CODE_VERSION ALLOW_SUDO CL
 
 BASE_STAMP := $(STAMPS)/$(BACKEND)-base.json
 DST_STAMP := $(STAMPS)/$(BACKEND)-dst.json
-BASE_INPUTS := $(shell find $(ROOT)/guest-setup/$(GUEST_OS) $(ROOT)/guest-setup/common -type f 2>/dev/null | grep -v '/configure') \
-	$(ROOT)/lib/clod/images.py
+BASE_INPUTS := $(shell find $(ROOT)/guest-setup/$(GUEST_OS) $(ROOT)/guest-setup/common -type f 2>/dev/null | grep -v '/configure')
 USER_HOME := $(if $(XDG_CONFIG_HOME),$(XDG_CONFIG_HOME),$(HOME)/.config)/clod/home
 DST_INPUTS := $(shell find $(ROOT)/guest-setup/home $(ROOT)/guest-setup/user $(USER_HOME) $(ROOT)/guest-setup/common \
 	-type f 2>/dev/null) $(wildcard $(ROOT)/guest-setup/$(GUEST_OS)/configure*)
