@@ -31,7 +31,11 @@ MACOS_FLAVOR ?= xcode
 DEBIAN_SUITE ?= bookworm
 CLAUDE_CODE_VERSION ?= 2.1.197
 ALLOW_SUDO ?= 0
-export MACOS_VERSION MACOS_FLAVOR DEBIAN_SUITE CLAUDE_CODE_VERSION ALLOW_SUDO CLOD_BACKEND := $(BACKEND)
+export MACOS_VERSION MACOS_FLAVOR DEBIAN_SUITE CLAUDE_CODE_VERSION ALLOW_SUDO
+export CLOD_BACKEND := $(BACKEND)
+
+# The settings each backend's base image is built from.
+BASE_SETTINGS := $(if $(filter tart,$(BACKEND)),MACOS_VERSION MACOS_FLAVOR,DEBIAN_SUITE) CLAUDE_CODE_VERSION ALLOW_SUDO
 
 BASE_STAMP := $(STAMPS)/$(BACKEND)-base.json
 DST_STAMP := $(STAMPS)/$(BACKEND)-dst.json
@@ -99,7 +103,7 @@ bench: venv ## @HELP print start-up, build and boot timings for this host
 
 # ---------------------------------------------------------------- images
 $(BASE_VARS): FORCE
-	$(call write-if-changed,$@,printf '%s\n' "$$CLOD_BACKEND" "$$MACOS_VERSION" "$$MACOS_FLAVOR" "$$DEBIAN_SUITE" "$$CLAUDE_CODE_VERSION" "$$ALLOW_SUDO")
+	$(call write-if-changed,$@,printf '%s\n' $(foreach v,$(BASE_SETTINGS),$(call quoted,$(v)=$($(v)))))
 
 $(DST_VARS): FORCE
 	$(call write-if-changed,$@,git config --global user.name; git config --global user.email; true)

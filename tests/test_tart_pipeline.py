@@ -3,114 +3,25 @@
 `make run PROJECT=... ARGS='-- CMD'` with the fake tart first on PATH: base and
 dst are built once (the tart argv sequence is asserted), the command runs over
 real SSH in the stand-in guest, and its exit status is clod's. Also: reuse,
-dst-only rebuilds, Ctrl-C during the base build, the user's ~/.ssh untouched,
-and the handed cases B01, B10, B14, B15, B16, B19.
+dst-only rebuilds, Ctrl-C during the base build, the user's ~/.ssh untouched.
+The handed cases (B01, B10, ...) are in test_tart_cases.py; the host and its
+stand-in guest come from tests/tart_host.py. Only the first test builds from
+nothing; the others start from a copy of one session-wide build (`built_host`).
 """
 
-import json
 import os
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from conftest import BIN, FAKES, ROOT
-from guest_sshd import available, guest_sshd
+from conftest import BIN, ROOT
+from guest_sshd import available
 
+pytest.register_assert_rewrite("tart_host")  # before the import below: the plugin's asserts explain themselves
+from tart_host import BASE, DST, IMAGE  # noqa: E402
+
+pytest_plugins = ["tart_host"]
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
-
-BASE = "clodpod-xcode-base"
-DST = "clodpod-xcode"
-IMAGE = "ghcr.io/cirruslabs/macos-tahoe-xcode:latest"
-
-
-class Host:
-    """One isolated host: env for the scripts, the fake tart's home and log."""
-
-    def __init__(self, tmp: Path, env: dict[str, str]):
-        self.tmp = tmp
-        self.tart_log = tmp / "tart.log"
-        self.guest_log = tmp / "guest-tools.log"
-        fake_bin = tmp / "host-bin"
-        fake_bin.mkdir()
-        # df: plenty of room unless a test says otherwise (FAKE_DF_AVAIL_KB).
-        (fake_bin / "df").write_text(
-            "#!/bin/sh\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
-            'echo "/dev/fake 999999999 1 ${FAKE_DF_AVAIL_KB:-900000000} 1% /"\n'
-        )
-        (fake_bin / "df").chmod(0o755)
-        self.env = dict(
-            env,
-            PATH=f"{FAKES}:{fake_bin}:{FAKES / 'bin-darwin'}:{env['PATH']}",
-            CLOD_BACKEND="tart",
-            CLOD_HOST_SYSTEM="Darwin",  # host facts from the fake sysctl: 10 CPUs, 16 GiB
-            TART_HOME=str(tmp / "tart"),
-            FAKE_TART_LOG=str(self.tart_log),
-            FAKE_TART_IP="127.0.0.1",
-            MACOS_USER="root",
-            GIT_CONFIG_NOSYSTEM="1",
-        )
-        self.project = tmp / "p"
-        self.project.mkdir()
-        (self.project / "sentinel").write_text("keep me\n")
-
-    def run(self, *argv, timeout=120, **env) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, env={**self.env, **env}, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, cwd=self.tmp)  # fmt: skip
-
-    def make_run(self, args: str, **env):
-        return self.run("make", "-s", "-C", str(ROOT), "run", f"PROJECT={self.project}", f"ARGS={args}", **env)
-
-    def tart_calls(self) -> list[list[str]]:
-        if not self.tart_log.exists():
-            return []
-        return [json.loads(line) for line in self.tart_log.read_text().splitlines()]
-
-    def verbs(self) -> list[str]:
-        """Each call without its options: "clone SRC DST", "set NAME", ..."""
-        takes_value = {"--wait", "--timeout", "--cpu", "--memory", "--format", "--source"}
-        verbs = []
-        for call in self.tart_calls():
-            words = [a for i, a in enumerate(call) if not a.startswith("-") and (i == 0 or call[i - 1] not in takes_value)]
-            verbs.append(" ".join(words))
-        return verbs
-
-    def vms(self) -> dict[str, str]:
-        out = self.run(str(FAKES / "tart"), "list", "--source", "local", "--format", "json").stdout
-        return {vm["Name"]: vm["State"] for vm in json.loads(out)}
-
-
-@pytest.fixture
-def host(tmp_path, isolated_env):
-    host = Host(tmp_path, isolated_env)
-    # clod's key exists before the "guest" starts, so the guest can trust it
-    # (the password bootstrap of a Cirrus image has no stand-in here).
-    key = subprocess.run([str(BIN / "project-map"), "list"], env=host.env, capture_output=True)
-    assert key.returncode == 0
-    subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-c", "from clod import ssh; ssh.key_path()"],
-        env={**host.env, "PYTHONPATH": str(ROOT / "lib")}, check=True,
-    )  # fmt: skip
-    public = (Path(host.env["CLOD_STATE_DIR"]) / "ssh" / "id_ed25519.pub").read_text().strip()
-    shares = tmp_path / "shares"
-    shares.mkdir()
-    guest_env = {
-        "CLOD_SHARES_ROOT": str(shares),
-        "CLOD_ETC_DIR": str(tmp_path / "guest-etc"),
-        "FAKE_STATE": str(tmp_path / "guest-tool-state"),
-        "FAKE_LOG": str(host.guest_log),
-        "CLOD_SHARES_WAIT": "0",
-    }
-    (tmp_path / "guest-etc" / "sudoers.d").mkdir(parents=True)
-    (tmp_path / "guest-etc" / "sudoers.d" / "root-nopasswd").write_text("root ALL=(ALL) NOPASSWD: ALL\n")
-    with guest_sshd(tmp_path / "sshd", public, guest_env) as (port, guest_home):
-        host.env["CLOD_TART_SSH_PORT"] = str(port)
-        host.guest_home = guest_home
-        # Tart shares each project at /Volumes/My Shared Files/<name>; here a link plays that part.
-        (shares / "p").symlink_to(host.project)
-        yield host
-        host.run(str(BIN / "clod"), "stop", "--timeout", "2")
 
 
 def test_first_run_builds_base_and_dst_then_runs_the_command(host, home):
@@ -157,8 +68,9 @@ def test_first_run_builds_base_and_dst_then_runs_the_command(host, home):
     assert not [v for v in host.verbs() if v.startswith(("clone", "run", "set"))]
 
 
-def test_touching_a_home_file_rebuilds_only_dst(host):
-    assert host.make_run("-- true").returncode == 0
+def test_touching_a_home_file_rebuilds_only_dst(built_host):
+    host = built_host
+    assert host.make_run("-- true").returncode == 0  # dst runs when its input changes
     home_file = ROOT / "guest-setup" / "home" / ".zprofile"
     times = home_file.stat()
     host.tart_log.unlink()
@@ -174,25 +86,20 @@ def test_touching_a_home_file_rebuilds_only_dst(host):
     assert [src for src, _ in clones] == [BASE, clones[1][0]] and clones[1][1] == DST, clones
 
 
-def test_remote_exit_status_is_clods(host):
+def test_remote_exit_status_is_clods(built_host):
+    host = built_host
     result = host.make_run("-- sh -c 'echo out; echo err >&2; exit 3'")
     assert result.stdout == "out\n"
     assert "err" in result.stderr
     assert host.run(str(BIN / "clod"), "run", "--project", str(host.project), "--", "sh", "-c", "exit 3").returncode == 3
 
 
-def test_ctrl_c_during_base_build_keeps_old_base_and_leaves_no_temp_vm(host):
-    assert host.make_run("-- true").returncode == 0
-    assert host.run("make", "-s", "-C", str(ROOT), "stop").returncode == 0
-    child = subprocess.Popen(
-        [str(BIN / "clod"), "run", "--rebuild-base", "--project", str(host.project), "--", "true"],
-        env={**host.env, "FAKE_TART_CLONE_SLEEP": "30"}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=host.tmp,
-    )  # fmt: skip
-    deadline = time.time() + 60
-    while not any(c[:2] == ["clone", IMAGE] for c in host.tart_calls()[-3:]) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)
+def test_ctrl_c_during_base_build_keeps_old_base_and_leaves_no_temp_vm(built_host):
+    host = built_host  # base and dst built and stopped
+    child = host.popen(str(BIN / "clod"), "run", "--rebuild-base", "--project", str(host.project), "--", "true",
+                       FAKE_TART_CLONE_SLEEP="30")  # fmt: skip
+    host.wait_for_call("clone", IMAGE)
+    time.sleep(1)  # inside the slow copy
     os.killpg(child.pid, signal.SIGINT)
     time.sleep(0.3)
     os.killpg(child.pid, signal.SIGINT)  # a second Ctrl-C must not cut the cleanup short

@@ -130,6 +130,8 @@ def _delete_vm(driver, name: str):
             driver.stop(name, timeout=10)
             driver.delete(name)
             log.info(f"removed the unfinished VM {name}")
+        elif hasattr(driver, "remove_partial"):
+            driver.remove_partial(name)  # what a clone that died part-way left
     except ClodError as err:
         log.warn(f"could not remove {name}: {err.message}; remove it yourself ({driver.name} delete {name})")
 

@@ -16,6 +16,23 @@ from clod import log, paths, proc, projects, resources, ssh, store
 from clod.errors import ClodError
 
 LAUNCH_WAIT = 3 * 3600.0  # a base build can take an hour; waiters say whom they wait for
+IP_WAIT, SSHD_WAIT = 60, 90  # seconds a started VM gets for an address, then for sshd
+
+
+def boot_timeout(default: int) -> int:
+    """CLOD_BOOT_TIMEOUT, if set: the seconds a started VM gets to obtain an
+    address and (again) to answer on SSH, instead of clod's defaults. Raise it
+    on a slow host; lower it to fail sooner in scripts."""
+    value = os.environ.get("CLOD_BOOT_TIMEOUT")
+    if not value:
+        return default
+    try:
+        seconds = int(float(value))
+    except ValueError:
+        seconds = -1
+    if not 1 <= seconds <= 65535:
+        raise ClodError(f"CLOD_BOOT_TIMEOUT={value!r} is not a number of seconds (1-65535)", hint="unset it, or set e.g. CLOD_BOOT_TIMEOUT=120")
+    return seconds
 
 
 def driver():
@@ -66,7 +83,7 @@ def resolve_project(spec: str | None) -> tuple[projects.Project, str]:
 
 def make(*targets: str):
     """Run Make for image targets; it prints only what it builds."""
-    argv = ["make", "-s", "-C", str(paths.ROOT), *targets]
+    argv = ["make", "-s", "--no-print-directory", "-C", str(paths.ROOT), *targets]
     env = dict(os.environ, CLOD_BACKEND=driver_name())
     status = proc.run_foreground(argv, env=env)
     if status != 0:
@@ -142,8 +159,8 @@ def run(argv: list[str], project_spec: str | None, graphics: bool = False, rebui
     except SizeError as err:
         raise ClodError(str(err), hint="fix or unset CLOD_CPUS / CLOD_MEMORY") from None
     projects.touch(project)
-    endpoint = ssh.Endpoint(vm=vm_driver.dst_name, **vm_driver.ssh_endpoint(vm_driver.dst_name))
-    ssh.wait_for_sshd(endpoint)
+    endpoint = ssh.Endpoint(vm=vm_driver.dst_name, **vm_driver.ssh_endpoint(vm_driver.dst_name, wait=boot_timeout(IP_WAIT)))
+    ssh.wait_for_sshd(endpoint, timeout=boot_timeout(SSHD_WAIT))
     remote = ssh.remote_command(argv, vm_driver.guest_os, project.name, subdir, [name for name, _ in shares])
     return ssh.session(endpoint, remote)
 

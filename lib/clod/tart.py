@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ TART = "tart"
 GIB = 1 << 30
 MACOS_VM_LIMIT = 2  # Apple's licence: two macOS guests per host
 START_TIMEOUT = 60.0
-STAY_UP = 2.0  # seconds `tart run` must survive after the VM reads as running
+# Seconds `tart run` must survive after the VM reads as running: VZ reports the
+# macOS VM limit just after tart takes the run lock. A later exit is still caught:
+# `ip` tells a VM that stopped from one without an address.
+STAY_UP = 0.5
 
 
 class TartDriver:
@@ -99,8 +103,43 @@ class TartDriver:
     def prune(self, *args: str):
         self.tart("prune", *args)
 
+    def remove_partial(self, name: str):
+        """Remove vms/NAME when tart does not list it: a clone that died part-way
+        (disk full) can leave a directory without config.json, which `tart
+        delete` calls nonexistent. Only for names clod itself created."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+            return
+        path = self.tart_home() / "vms" / name
+        if path.is_dir() and not (path / "config.json").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            log.info(f"removed the partial VM {name} ({path})")
+
     def exec(self, name: str, argv: list[str]) -> int:
-        return proc.run([TART, "exec", name, *argv], check=False, capture=False).returncode
+        """`tart exec` (needs the Tart Guest Agent in the guest; clod itself
+        never does: its guest steps run over SSH). tart's stderr is relayed as
+        it comes; a missing agent becomes an error that says what to do."""
+        import subprocess
+        import sys
+
+        argv = [TART, "exec", name, *argv]
+        log.debug("+ " + " ".join(argv))
+        try:
+            child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except FileNotFoundError:
+            raise ClodError(f"{TART}: command not found", hint=proc.install_hint(TART)) from None
+        no_agent = False
+        for line in iter(child.stderr.readline, b""):
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+            no_agent = no_agent or b"Guest Agent" in line
+        status = child.wait()
+        if status != 0 and no_agent:
+            raise ClodError(
+                f"tart exec {name}: no Tart Guest Agent answered in the VM",
+                hint="the image lacks tart-guest-agent, or its control socket is stale after a restart (stop and start "
+                f"the VM); clod needs no agent: run commands over SSH with ssh-run {name} -- CMD",
+            )
+        return status
 
     def running_macos_vms(self, excluding: str) -> list[str]:
         running = [vm["Name"] for vm in self.list() if vm["State"] == "running" and vm["Name"] != excluding]
@@ -138,13 +177,15 @@ class TartDriver:
             if child.poll() is not None:
                 vmstate.forget(name)
                 raise start_failure(name, child.returncode, log_path)
-            if self.state(name) == "running":
-                running_since = running_since or time.monotonic()
-                # The macOS VM limit only shows after the run lock is taken,
-                # so a VM that reads "running" must stay up a moment.
-                if time.monotonic() - running_since >= STAY_UP:
-                    return
-            time.sleep(0.2)
+            if running_since is None:
+                if self.state(name) == "running":
+                    running_since = time.monotonic()
+            # The macOS VM limit only shows after the run lock is taken, so a
+            # VM that reads "running" must stay up a moment (only `tart run`
+            # can end that: it holds the lock).
+            elif time.monotonic() - running_since >= STAY_UP:
+                return
+            time.sleep(0.1)
         child.send_signal(signal.SIGINT)
         vmstate.forget(name)
         raise ClodError(f"VM {name} did not start within {START_TIMEOUT:.0f}s", hint=f"see {log_path}")
@@ -154,6 +195,8 @@ class TartDriver:
             address = self.tart("ip", "--wait", str(wait), name).stdout.strip()
         except ClodError as err:
             if "no IP address" in err.message:
+                if self.state(name) != "running":  # not a DHCP problem: `tart run` ended
+                    raise self._stopped(name) from None
                 raise no_ip(name, wait) from None
             raise
         others = [vm["Name"] for vm in self.list() if vm["State"] == "running" and vm["Name"] != name]
@@ -163,6 +206,16 @@ class TartDriver:
                 log.warn(f"VMs {name} and {other} both report IP {address}: the DHCP lease pool may be exhausted; "
                          "connections may reach the wrong VM")  # fmt: skip
         return address
+
+    def _stopped(self, name: str) -> ClodError:
+        """The error for a VM that is not running (anymore), with what its
+        `tart run` said if clod started it."""
+        record = vmstate.load(name) or {}
+        vmstate.forget(name)
+        log_path = Path(record["log"]) if record.get("log") else None
+        if log_path and log_path.exists():
+            return start_failure(name, None, log_path)
+        return ClodError(f"VM {name} is not running", hint="clod run starts it; tart list shows what runs")
 
     def ssh_endpoint(self, name: str, wait: int = 60) -> dict:
         port = int(os.environ.get("CLOD_TART_SSH_PORT", "22"))
@@ -359,7 +412,8 @@ def vm_limit(said: str) -> ClodError:
     )
 
 
-def start_failure(name: str, status: int, log_path: Path) -> ClodError:
+def start_failure(name: str, status: int | None, log_path: Path) -> ClodError:
+    """`tart run` ended: at once (status known) or later, while clod waited for the VM (None)."""
     said = proc.tail(log_path.read_text(errors="replace").split("\n--- ")[-1], 8)
     said = "\n".join(said.splitlines()[1:]) if said.startswith(("--- ", "20")) else said
     if "exceeds the system limit" in said:
@@ -370,7 +424,8 @@ def start_failure(name: str, status: int, log_path: Path) -> ClodError:
                 "through Screen Sharing); " + hint)  # fmt: skip
     if "directory sharing" in said:
         hint = "a mapped directory is missing or unreadable: check clod list; " + hint
-    return ClodError(f"tart run {name} exited {status} at once: {said or '(no output)'}", hint=hint)
+    ended = f"exited {status} at once" if status is not None else "stopped while clod waited for the VM"
+    return ClodError(f"tart run {name} {ended}: {said or '(no output)'}", hint=hint)
 
 
 def no_ip(name: str, wait: int) -> ClodError:

@@ -34,7 +34,9 @@ Options:
   -h --help        show this help
 
 Environment: CLOD_BACKEND=tart|qemu, CLOD_CPUS, CLOD_MEMORY (see resource-calc
---help), CLOD_STATE_DIR; image settings are Make variables (make help).
+--help), CLOD_STATE_DIR; CLOD_BOOT_TIMEOUT=<s>: how long a started VM gets to
+obtain an address and then to answer on SSH (default 60 and 90 s with Tart);
+image settings are Make variables (make help).
 Examples:
   clod run                          # Claude Code in the current project
   clod run -- git status            # any command, exit status passed through
