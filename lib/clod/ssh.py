@@ -152,7 +152,38 @@ def base_argv(endpoint: Endpoint, *, batch: bool = True) -> list[str]:
     ]  # fmt: skip
     if batch:
         argv += ["-o", "BatchMode=yes"]
+    control = control_dir()
+    if control:
+        # One SSH connection per VM, kept for a few minutes and shared by
+        # every later command: a handshake costs about a second against an
+        # emulated (TCG) guest, so attaching again is then nearly free.
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control}/%C", "-o", "ControlPersist=300"]
     return argv
+
+
+def control_dir() -> str | None:
+    """A private directory for SSH control sockets, with a short path (socket
+    paths are limited to ~100 bytes): $XDG_RUNTIME_DIR/clod or /tmp/clod-UID.
+    None (no multiplexing) if it cannot be made private to us."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(runtime, "clod") if runtime else f"/tmp/clod-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    info = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return path
+
+
+def close_master(endpoint: Endpoint):
+    """End the shared connection to a VM that is going away."""
+    control = control_dir()
+    if control:
+        proc.run([*base_argv(endpoint), "-O", "exit", endpoint.host], check=False, timeout=10)
 
 
 # ---------------------------------------------------------------- sessions

@@ -231,6 +231,7 @@ class TartDriver:
         try:
             endpoint = ssh.Endpoint(vm=name, **self.ssh_endpoint(name, wait=2))
             ssh.run_capture(endpoint, "sync", check=False, timeout=timeout)
+            ssh.close_master(endpoint)
         except ClodError as err:
             log.verbose(f"could not sync {name} before stopping it: {err.message}")
         result = proc.run([TART, "stop", "--timeout", str(timeout), name], check=False)

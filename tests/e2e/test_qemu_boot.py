@@ -1,68 +1,25 @@
 """Boot the real Debian guest with QEMU (TCG when KVM does not work: minutes).
 
-The base is built once per session with mmdebstrap (about 2 minutes here);
-CLOD_E2E_QEMU_BASE=DIR reuses a directory holding disk.qcow2, vmlinuz and
-initrd.img from an earlier build-base.sh run instead.
+The base is built once per session (tests/e2e/conftest.py, about 2 minutes
+here); this test drives the driver directly, below clod's own commands.
 """
 
 import http.server
 import os
-import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.e2e
 
-NEEDED = ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "passt", "unshare", "ssh")
-
-
-def missing_tools() -> list[str]:
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [tool for tool in NEEDED if not shutil.which(tool, path=path)]
-    if not os.path.exists("/usr/lib/qemu/virtiofsd"):
-        missing.append("virtiofsd")
-    return missing
-
-
-@pytest.fixture(scope="session")
-def session_state(tmp_path_factory) -> Path:
-    if missing_tools():
-        pytest.skip("QEMU e2e needs: " + ", ".join(missing_tools()) + " (sudo apt-get install qemu-system-x86 qemu-utils mmdebstrap passt)")
-    return tmp_path_factory.mktemp("qemu-state")
-
-
-@pytest.fixture(scope="session")
-def base_vm(session_state) -> str:
-    """clodpod-debian-base, built once per session."""
-    saved = os.environ.get("CLOD_STATE_DIR")
-    os.environ["CLOD_STATE_DIR"] = str(session_state)
-    try:
-        from clod.qemu import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, QemuDriver, vm
-
-        driver = QemuDriver()
-        prebuilt = os.environ.get("CLOD_E2E_QEMU_BASE")
-        if prebuilt:
-            path = vm.vm_dir(driver.base_name)
-            path.mkdir(parents=True)
-            for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
-                shutil.copy2(Path(prebuilt) / name, path / name)
-            vm.write_config(path, name=driver.base_name, kind="base", cpus=DEFAULT_CPUS, memory_mib=DEFAULT_MEMORY_MIB)
-        else:
-            driver.build_base(driver.base_name)
-        return driver.base_name
-    finally:
-        if saved is None:
-            os.environ.pop("CLOD_STATE_DIR", None)
-        else:
-            os.environ["CLOD_STATE_DIR"] = saved
+BASE = "clodpod-debian-base"
 
 
 @pytest.fixture
-def driver(session_state, monkeypatch):
-    monkeypatch.setenv("CLOD_STATE_DIR", str(session_state))
+def driver(qemu_env, monkeypatch):
+    """The QEMU driver in the session's state dir, whose base is built."""
+    monkeypatch.setenv("CLOD_STATE_DIR", qemu_env["CLOD_STATE_DIR"])
     from clod.qemu import QemuDriver
 
     return QemuDriver()
@@ -105,7 +62,7 @@ def guest(driver, vm_name: str, command: str, check: bool = True) -> subprocess.
         "-o", "BatchMode=yes",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"UserKnownHostsFile={ssh.known_hosts()}",
-        "-o", f"HostKeyAlias={endpoint['host_key_alias']}",
+        "-o", f"HostKeyAlias=clod-{vm_name}",
         "-p", str(endpoint["port"]),
         f"{endpoint['user']}@{endpoint['host']}",
         command,
@@ -113,14 +70,14 @@ def guest(driver, vm_name: str, command: str, check: bool = True) -> subprocess.
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check, stdin=subprocess.DEVNULL)
 
 
-def test_boot_ssh_share_and_isolation(driver, base_vm, tmp_path, loopback_server):
+def test_boot_ssh_share_and_isolation(driver, tmp_path, loopback_server):
     project = tmp_path / "my project é"
     project.mkdir()
     (project / "from-host.txt").write_text("hello from the host\n")
     home = tmp_path / "home"
     (home / ".config").mkdir(parents=True)
     (home / ".zshrc").write_text("# e2e home\n")
-    driver.build_dst(base_vm, "e2e-dst", home)
+    driver.build_dst(BASE, "e2e-dst", home)
     try:
         driver.run("e2e-dst", [("my project é", str(project))])
         assert driver.get("e2e-dst")["Running"] is True

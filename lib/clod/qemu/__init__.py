@@ -248,6 +248,11 @@ class QemuDriver:
         path = vm.existing_dir(name)
         if not vm.is_running(path):
             return
+        from clod import ssh
+
+        facts = vm.run_facts(path)
+        if facts:
+            ssh.close_master(ssh.Endpoint(vm=name, host="127.0.0.1", port=facts["port"], user=self.ssh_user))
         self._set_stop_timeout(path, timeout)
         if not vm.request_stop(path):
             raise ClodError(f'"{name}" runs but its supervisor could not be found', hint=f"see {path}/run.json")
