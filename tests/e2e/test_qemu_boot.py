@@ -12,6 +12,7 @@ import threading
 import pytest
 
 pytestmark = pytest.mark.e2e
+pytest_plugins = ["qemu_host"]
 
 BASE = "clodpod-debian-base"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.e2e
+pytest_plugins = ["qemu_host"]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / "bin"

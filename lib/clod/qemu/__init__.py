@@ -82,19 +82,13 @@ class QemuDriver:
 
     def build_base(self, name: str, progress=None):
         """Build into a temporary directory next to the VMs, rename it into
-        place at the end; a failure removes only that directory."""
-        final = vm.vm_dir(name)
-        if final.exists():
-            raise ClodError(f'a VM named "{name}" already exists', hint=f"delete it first: qemu-wrap delete {name}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=vm.vms_dir()))
-        try:
-            with open(tmp / "build.log", "w") as build_log, log.step(f"building {name} with mmdebstrap (log: {final}/build.log)"):
-                image.build_base(tmp, progress or build_log)
+        place at the end; a failure removes only that directory. The build's
+        output is kept in state/logs/ either way."""
+        build_log = paths.state_path("logs", f"{name}-build.log")
+        with vm.new_vm_dir(name) as tmp, open(build_log, "w") as output:
+            with log.step(f"building {name} with mmdebstrap (log: {build_log})"):
+                image.build_base(tmp, progress or output)
             vm.write_config(tmp, name=name, kind="base", cpus=DEFAULT_CPUS, memory_mib=DEFAULT_MEMORY_MIB, created=time.time())
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def build_dst(self, base: str, name: str, seed_dir: Path | None = None, identity: dict | None = None):
         """dst = a qcow2 overlay on `base` plus a seed carrying the home tree
@@ -102,23 +96,18 @@ class QemuDriver:
         from clod import ssh
 
         base_dir = vm.existing_dir(base)
-        final = vm.vm_dir(name)
-        if final.exists():
-            raise ClodError(f'a VM named "{name}" already exists', hint=f"delete it first: qemu-wrap delete {name}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=vm.vms_dir()))
         try:
-            image.make_overlay(base_dir, tmp)
-            home = Path(seed_dir) if seed_dir else None
-            if home is not None and identity:
-                home = _with_git_identity(home, identity, tmp)
-            self._write_seed(tmp, name, home)
-            config = vm.read_config(base_dir)
-            vm.write_config(tmp, name=name, kind="dst", base=base, cpus=config.get("cpus", DEFAULT_CPUS),
-                            memory_mib=config.get("memory_mib", DEFAULT_MEMORY_MIB), created=time.time())  # fmt: skip
-            shutil.rmtree(tmp / "staging-home", ignore_errors=True)
-            os.rename(tmp, final)
+            with vm.new_vm_dir(name) as tmp:
+                image.make_overlay(base_dir, tmp)
+                home = Path(seed_dir) if seed_dir else None
+                if home is not None and identity:
+                    home = _with_git_identity(home, identity, tmp)
+                self._write_seed(tmp, name, home)
+                config = vm.read_config(base_dir)
+                vm.write_config(tmp, name=name, kind="dst", base=base, cpus=config.get("cpus", DEFAULT_CPUS),
+                                memory_mib=config.get("memory_mib", DEFAULT_MEMORY_MIB), created=time.time())  # fmt: skip
+                shutil.rmtree(tmp / "staging-home", ignore_errors=True)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
             ssh.unpin(name)
             raise
 
@@ -136,17 +125,9 @@ class QemuDriver:
         from clod import ssh
 
         src_dir = vm.existing_dir(src)
-        final = vm.vm_dir(dst)
-        if final.exists():
-            raise ClodError(f'a VM named "{dst}" already exists', hint=f"delete it first: qemu-wrap delete {dst}")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst}.", dir=vm.vms_dir()))
-        try:
+        with vm.new_vm_dir(dst) as tmp:
             image.copy_vm_files(src_dir, tmp)
             vm.write_config(tmp, name=dst)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         try:
             ssh.copy_pin(src, dst)  # a clone has its source's host key
         except ClodError:

@@ -33,9 +33,14 @@ def build_base(vm_dir: Path, log_file):
     env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
     child = proc.spawn(["sh", str(BUILD_SCRIPT), str(vm_dir)], stdout=log_file, env=env, new_session=False)
     if child.wait() != 0:
+        name = getattr(log_file, "name", None)
+        tail = ""
+        if name:
+            log_file.flush()
+            tail = ":\n" + proc.tail(Path(name).read_text(errors="replace"), 10)
         raise ClodError(
-            f"building the Debian base image failed (build-base.sh exited {child.returncode})",
-            hint=f"see {getattr(log_file, 'name', 'the build log')}",
+            f"building the Debian base image failed (build-base.sh exited {child.returncode}){tail}",
+            hint=f"full log: {name or 'the build log'}; the previous base image is untouched",
         )
 
 

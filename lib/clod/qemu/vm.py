@@ -9,8 +9,11 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from clod import paths, store
@@ -41,6 +44,22 @@ def existing_dir(name: str) -> Path:
     if not (path / "config.json").is_file():
         raise missing(name)
     return path
+
+
+@contextmanager
+def new_vm_dir(name: str):
+    """Yield a temporary directory beside the VMs that becomes vms/NAME when
+    the body succeeds; any failure (or Ctrl-C) removes it and nothing else."""
+    final = vm_dir(name)
+    if final.exists():
+        raise ClodError(f'a VM named "{name}" already exists', hint=f"delete it first: qemu-wrap delete {name}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=vms_dir()))
+    try:
+        yield tmp
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def names() -> list[str]:

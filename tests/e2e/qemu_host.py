@@ -1,5 +1,7 @@
-"""Shared by the end-to-end tests: one clod state dir per test session whose
-Debian base image is built once, through Make, as a user's first run would.
+"""Fixtures shared by the end-to-end tests: one clod state dir per test
+session whose Debian base image is built once, through Make, as a user's
+first run would. Loaded with pytest_plugins = ["qemu_host"] (a conftest.py
+here would clash with tests/conftest.py, which tests import by name).
 """
 
 import os
