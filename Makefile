@@ -66,8 +66,10 @@ endif
 help: ## @HELP show this list
 	@echo "clod - run Claude Code unattended inside a VM ($(BACKEND) backend here)"
 	@echo
-	@grep -hE '^[a-z-]+:.*## @HELP' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## @HELP (.*)/  make \1\t\2/' | expand -t 26
+	@grep -hE '^[a-z0-9-]+:.*## @HELP' $(MAKEFILE_LIST) | sed -E 's/^([a-z0-9-]+):.*## @HELP (.*)/  make \1\t\2/' | expand -t 26
 	@echo
+	@echo "  settings (make VAR=value or environment): PROJECT ARGS MACOS_VERSION=$(MACOS_VERSION) MACOS_FLAVOR=$(MACOS_FLAVOR)"
+	@echo "    DEBIAN_SUITE=$(DEBIAN_SUITE) CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) ALLOW_SUDO=$(ALLOW_SUDO) CLOD_CPUS CLOD_MEMORY"
 	@echo "  e.g.  make run PROJECT=~/src/myapp          make run PROJECT=. ARGS='-- git status'"
 
 # ---------------------------------------------------------------- venv
@@ -130,7 +132,7 @@ run: venv ## @HELP run Claude Code on PROJECT in the VM (ARGS='-- CMD...' runs C
 shell: venv ## @HELP a shell in the VM, in PROJECT
 	cd $(call quoted,$(PWD)) && $(BIN)/clod shell --project $(call quoted,$(value PROJECT))
 
-stop: venv ## @HELP stop every clod VM (clean shutdown first)
+stop: venv ## @HELP stop every clod VM (QEMU: clean shutdown; Tart: disks flushed, then tart stop)
 	$(BIN)/clod stop
 
 list: venv ## @HELP the mapped projects and the clod VMs
