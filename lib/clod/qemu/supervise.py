@@ -117,27 +117,52 @@ def main(vm_dir: Path) -> int:
                  "accel": spec.accel, "graphics": spec.graphics, "started": time.time(), "ready": False}  # fmt: skip
         store.write_json(vm_dir / "run.json", facts)
         ctl = connect_ctl(spec.ctl_socket, qemu) if not spec.plain_boot else None
-        serve(ctl, qemu, facts, vm_dir, stop_requested, launch.get("stop_timeout", 30))
+        serve(ctl, qemu, facts, vm_dir, stop_requested)
     (vm_dir / "run.json").unlink(missing_ok=True)
     return 0
 
 
-def serve(ctl, qemu, facts, vm_dir: Path, stop_requested: list, stop_timeout: float):
+def stop_timeout(vm_dir: Path) -> float:
+    """The grace period the stopping command asked for (it writes launch.json
+    just before it signals us), 30 s if none."""
+    try:
+        return float(json.loads((vm_dir / "launch.json").read_text()).get("stop_timeout", 30))
+    except (OSError, ValueError):
+        return 30.0
+
+
+def qmp_powerdown(qmp_socket: Path):
+    """ACPI power button through QMP: how a guest booted plainly (systemd)
+    is asked to shut down, as a person pressing the button would."""
+    with socket.socket(socket.AF_UNIX) as qmp:
+        qmp.settimeout(5)
+        qmp.connect(str(qmp_socket))
+        qmp.recv(4096)  # greeting
+        for command in (b'{"execute": "qmp_capabilities"}', b'{"execute": "system_powerdown"}'):
+            qmp.sendall(command + b"\n")
+            qmp.recv(4096)
+
+
+def serve(ctl, qemu, facts, vm_dir: Path, stop_requested: list):
     """Wait for qemu to exit, marking the VM ready when the guest says so and
     passing a stop request on to the guest."""
     buffered = b""
     poweroff_sent_at = None
+    grace = 30.0
     if ctl is not None:
         ctl.settimeout(0.2)
     while qemu.poll() is None:
         if stop_requested and poweroff_sent_at is None:
             poweroff_sent_at = time.monotonic()
-            if ctl is not None:
-                try:
+            grace = stop_timeout(vm_dir)
+            try:
+                if ctl is not None:
                     ctl.sendall(b"poweroff\n")
-                except OSError:
-                    pass
-        if poweroff_sent_at is not None and time.monotonic() - poweroff_sent_at > stop_timeout:
+                else:
+                    qmp_powerdown(vm_dir / "qmp.sock")
+            except OSError:
+                pass  # the kill after the grace period still stops it
+        if poweroff_sent_at is not None and time.monotonic() - poweroff_sent_at > grace:
             qemu.kill()
             break
         if ctl is None:
