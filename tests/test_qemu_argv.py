@@ -156,3 +156,10 @@ def test_kvm_verdict_is_probed_once_per_host(tmp_path, monkeypatch):
 def test_clod_accel_overrides_the_probe(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOD_ACCEL", "tcg")
     assert kvm.kvm_works(Path("k"), path=tmp_path / "kvm.json", key="h", probe=lambda k: pytest.fail("probed")) is False
+
+
+def test_virtiofsd_source_with_commas_and_backslashes_is_escaped_for_fuse():
+    from clod.qemu import virtiofs
+
+    argv = virtiofs.virtiofsd_argv("/usr/lib/qemu/virtiofsd", Path("/s.sock"), Path("/p/a,b\\c"))
+    assert "source=/p/a\\,b\\\\c" in argv

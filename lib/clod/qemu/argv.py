@@ -106,6 +106,12 @@ def kernel_cmdline(spec: VmSpec) -> str:
     return " ".join(words)
 
 
+def opt(path: Path) -> str:
+    """A path inside a QEMU option list, where ',' separates options and ',,'
+    stands for a literal comma (the state dir may live under any path)."""
+    return str(path).replace(",", ",,")
+
+
 def qemu_argv(spec: VmSpec) -> list[str]:
     mem = f"{spec.memory_mib}M"
     cmd = [QEMU]
@@ -122,29 +128,29 @@ def qemu_argv(spec: VmSpec) -> list[str]:
     cmd += ["-kernel", str(spec.kernel)]
     cmd += ["-initrd", str(spec.initrd)]
     cmd += ["-append", kernel_cmdline(spec)]
-    cmd += ["-chardev", f"file,id=serial0,path={spec.serial_log}"]
+    cmd += ["-chardev", f"file,id=serial0,path={opt(spec.serial_log)}"]
     cmd += ["-serial", "chardev:serial0"]
     if spec.graphics:
         cmd += ["-vga", "std"]
         cmd += ["-display", "gtk"]
     else:
         cmd += ["-display", "none"]
-    cmd += ["-drive", f"if=none,id=root,file={spec.disk},format=qcow2,discard=unmap,cache=writeback"]
+    cmd += ["-drive", f"if=none,id=root,file={opt(spec.disk)},format=qcow2,discard=unmap,cache=writeback"]
     cmd += ["-device", "virtio-blk-pci,drive=root"]
     if spec.seed is not None:
-        cmd += ["-drive", f"if=none,id=seed,file={spec.seed},format=raw,readonly=on"]
+        cmd += ["-drive", f"if=none,id=seed,file={opt(spec.seed)},format=raw,readonly=on"]
         cmd += ["-device", "virtio-blk-pci,drive=seed"]
     cmd += ["-netdev", f"stream,id=net0,server=off,addr.type=fd,addr.str={spec.net_fd}"]
     cmd += ["-device", f"virtio-net-pci,netdev=net0,mac={NET_MAC}"]
     cmd += ["-netdev", f"user,id=ssh0,restrict=on,ipv6=off,net={SSH_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-{SSH_GUEST}:22"]
     cmd += ["-device", f"virtio-net-pci,netdev=ssh0,mac={SSH_MAC}"]
     cmd += ["-device", "virtio-serial-pci,id=vser0"]
-    cmd += ["-chardev", f"socket,id=ctl,path={spec.ctl_socket},server=on,wait=off"]
+    cmd += ["-chardev", f"socket,id=ctl,path={opt(spec.ctl_socket)},server=on,wait=off"]
     cmd += ["-device", "virtserialport,bus=vser0.0,chardev=ctl,name=org.clod.ctl"]
     for index, share in enumerate(spec.shares):
-        cmd += ["-chardev", f"socket,id=fs{index},path={share.socket}"]
+        cmd += ["-chardev", f"socket,id=fs{index},path={opt(share.socket)}"]
         cmd += ["-device", f"vhost-user-fs-pci,chardev=fs{index},tag={share.tag},queue-size=1024"]
-    cmd += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
+    cmd += ["-qmp", f"unix:{opt(spec.qmp_socket)},server=on,wait=off"]
     cmd += ["-device", "virtio-rng-pci"]
     return cmd
 

@@ -55,13 +55,19 @@ def virtiofsd_argv(virtiofsd: str, socket_path: Path, source: Path) -> list[str]
     cmd += ["--"]
     cmd += [virtiofsd]
     cmd += [f"--socket-path={socket_path}"]
-    cmd += ["-o", f"source={source}"]
+    cmd += ["-o", f"source={fuse_escape(str(source))}"]
     cmd += ["-o", "cache=auto"]
     cmd += ["-o", "sandbox=namespace"]
     cmd += ["-o", "xattr"]
     # The host user's own limit on open files is what it may raise to.
     cmd += ["--rlimit-nofile=0"]
     return cmd
+
+
+def fuse_escape(value: str) -> str:
+    """A value inside a FUSE -o list: ',' separates options, so a project
+    path with a comma (or a backslash) is escaped with a backslash."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 @contextmanager
