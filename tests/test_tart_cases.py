@@ -89,13 +89,15 @@ def test_b01_no_ip_address_names_dhcp_leases_and_state_matches_tart(built_host):
     assert host.vm_record().exists()
     assert f"vm {DST}: running" in mapped(host)
 
-    # The network is back, and another running VM reports the same address
-    # (tart #1097): the next run reuses the VM and warns.
+    # The network is back, but another running VM reports the same address
+    # (tart #1097): clod refuses to ssh into whichever VM answers.
     with other_vm(host, BASE):
         again = host.clod_run("echo", "ok")
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == "ok\n"
+    assert again.returncode != 0
+    assert again.stdout == ""
     assert f"VMs {DST} and {BASE} both report IP 127.0.0.1" in again.stderr, again.stderr
+    assert f"tart stop {BASE}" in again.stderr
+    assert host.ssh_calls() == []
     assert len(host.calls("run", DST)) == 1
 
 

@@ -203,8 +203,14 @@ class TartDriver:
         for other in others:
             result = proc.run([TART, "ip", other], check=False)
             if result.returncode == 0 and result.stdout.strip() == address:
-                log.warn(f"VMs {name} and {other} both report IP {address}: the DHCP lease pool may be exhausted; "
-                         "connections may reach the wrong VM")  # fmt: skip
+                # Base and dst share a host key, so the pin cannot tell them
+                # apart: refuse rather than ssh into whichever answers.
+                raise ClodError(
+                    f"VMs {name} and {other} both report IP {address}, so SSH could reach either one "
+                    "(the DHCP lease pool is likely exhausted, tart #1097)",
+                    hint=f"stop the other VM (tart stop {other}), then clod run again; to stop it recurring, shorten the "
+                    "lease time (see the no-IP error's hint)",
+                )
         return address
 
     def _stopped(self, name: str) -> ClodError:
