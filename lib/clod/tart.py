@@ -285,6 +285,7 @@ class TartDriver:
         """Clone the base into `tmp` and configure the user's home in it."""
         from clod import guest, ssh
 
+        check_space(self, base)
         self.clone(base, tmp)
         ssh.copy_pin(base, tmp)  # a clone has its source's host key
         endpoint = self._boot_for_setup(tmp)
@@ -353,19 +354,24 @@ def image_size_bytes(image: str) -> int | None:
         return None
 
 
+CLONE_ROOM = 5 * GIB  # a copy-on-write clone's own writes during a build
+
+
 def check_space(driver: TartDriver, image: str):
     """Refuse a pull or clone that cannot fit, before anything is downloaded.
 
     A pulled image is stored unpacked (about twice its compressed size); the
-    clone is copy-on-write on APFS, so it needs little beyond that.
+    clone is copy-on-write on APFS, so it needs little beyond that. A local
+    VM (the base, for a dst build) only needs that room.
     """
-    if driver.image_cached(image):
-        needed = 5 * GIB  # room for the clone's own writes
-        source = "cached"
+    if "/" not in image:
+        needed, source = CLONE_ROOM, "a local clone"
+    elif driver.image_cached(image):
+        needed, source = CLONE_ROOM, "cached"
     else:
         compressed = image_size_bytes(image)
         flavor = image.rsplit("-", 1)[-1].split(":")[0]
-        needed = 2 * compressed + 5 * GIB if compressed else FLAVOR_GIB.get(flavor, 90) * GIB
+        needed = 2 * compressed + CLONE_ROOM if compressed else FLAVOR_GIB.get(flavor, 90) * GIB
         source = "from the registry" if compressed else "an estimate: the registry could not be asked"
     free = driver.free_bytes()
     if free < needed:
