@@ -77,6 +77,15 @@ def test_touching_a_home_file_rebuilds_only_dst(built_host):
     try:
         now = time.time() + 2
         os.utime(home_file, (now, now))
+        # While dst runs (an agent may be at work in it), no terminal to say
+        # yes: it is not replaced; the run uses it and says how to apply.
+        kept = host.make_run("-- echo kept")
+        assert kept.returncode == 0, kept.stderr
+        assert kept.stdout == "kept\n"
+        assert "your changes apply after: clod stop" in kept.stderr, kept.stderr
+        assert not [c for c in host.tart_calls() if c[0] in ("clone", "stop", "delete")]
+        assert host.run(str(BIN / "clod"), "stop").returncode == 0
+        host.tart_log.unlink()
         result = host.make_run("-- echo rebuilt")
     finally:
         os.utime(home_file, ns=(times.st_atime_ns, times.st_mtime_ns))

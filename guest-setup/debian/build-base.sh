@@ -31,7 +31,9 @@ log() { printf '%s build-base: %s\n' "$(date +%T)" "$*" >&2; }
 
 mkdir -p "$out_dir"
 work=$(mktemp -d "$out_dir/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+# Without root, the unpacked tree belongs to subordinate ids: only the user namespace can remove it.
+cleanup() { rm -rf "$work" 2>/dev/null || unshare --map-root-user --map-auto rm -rf "$work"; }
+trap cleanup EXIT INT TERM
 
 start=$(date +%s)
 # npm trusts what the build host trusts (a TLS-inspecting proxy's CA, say), for the build only:
@@ -80,7 +82,8 @@ log "mke2fs -d ($disk_size ext4)"
 # e2fsprogs 1.47.0 (Debian 12) cannot read a tarball with -d (1.47.1 can), so the tree is unpacked
 # first, keeping owners: as root directly, otherwise inside a user namespace where the user's
 # subordinate ids stand in for the guest's (unshare --map-auto, /etc/subuid as for mmdebstrap).
-populate='mkdir "$0/root" && tar --numeric-owner -xpf "$0/rootfs.tar" -C "$0/root" && rm "$0/rootfs.tar" &&
+# Device nodes cannot be made in a user namespace and are not needed: clod-init mounts devtmpfs.
+populate='mkdir "$0/root" && tar --numeric-owner --exclude="./dev/?*" -xpf "$0/rootfs.tar" -C "$0/root" && rm "$0/rootfs.tar" &&
     mke2fs -q -F -t ext4 -L clod-root -E root_owner=0:0 -d "$0/root" "$0/root.img" "$1" && rm -rf "$0/root"'
 if [ "$(id -u)" = 0 ]; then
     sh -c "$populate" "$work" "$disk_size"

@@ -226,6 +226,13 @@ def build_dst(driver):
         inputs = tree_hash(home, paths.ROOT / "guest-setup" / "common") + ":" + base_stamp["inputs"]
         with build_guard(driver) as record:
             if driver.exists(final) and driver.state(final) == "running":
+                # Replacing it would end every session in it (an agent at
+                # work, say): only with the user's yes. Without one the VM
+                # keeps running the older image, and no stamp is written, so
+                # the build happens at the next start.
+                if not log.ask(f"{final} is running an older destination image; stop it now to rebuild? Sessions in it will end."):
+                    log.warn(f"{final} is running, so it keeps its older home for now; your changes apply after: clod stop, then clod run")
+                    return
                 log.info(f"stopping {final} to replace it with the new build")
                 driver.stop(final)
             tmp = temp_name(final)

@@ -10,7 +10,6 @@
 
 import os
 import subprocess
-import sys
 
 from clod import log, paths, proc, projects, resources, ssh, store
 from clod.errors import ClodError
@@ -97,20 +96,16 @@ def driver_name() -> str:
     return backend.name()
 
 
-def ask(question: str) -> bool:
-    if not (sys.stdin.isatty() and sys.stderr.isatty()):
-        return False
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    return sys.stdin.readline().strip().lower() in ("y", "yes")
-
-
 def ensure_running(vm_driver, active: projects.Project, graphics: bool) -> list[tuple[str, str]]:
     """Start the destination VM with every mapped project, or reuse it.
     Returns the shares of the VM that runs. Call under the launch lock."""
     name = vm_driver.dst_name
     wanted = [(p.name, p.path) for p in projects.for_vm(projects.load())]
     if vm_driver.state(name) == "running":
+        if os.environ.get("CLOD_CPUS") or os.environ.get("CLOD_MEMORY"):
+            running = vm_driver.get(name)
+            log.warn(f"{name} is already running with {running['CPU']} CPUs and {running['Memory']} MiB; "
+                     "CLOD_CPUS / CLOD_MEMORY apply when it starts: clod stop, then clod run")  # fmt: skip
         current = [tuple(d) for d in vm_driver.running_dirs(name)]
         running_graphics = vm_driver.running_graphics(name)
         if running_graphics is not None and running_graphics != graphics:
@@ -123,17 +118,17 @@ def ensure_running(vm_driver, active: projects.Project, graphics: bool) -> list[
         if not new:
             return current
         names = ", ".join(f"'{n}'" for n, _ in new)
-        if ask(f"VM {name} is running without {names}; restart it to map them? Sessions in it will end."):
+        if log.ask(f"VM {name} is running without {names}; restart it to map them? Sessions in it will end."):
             vm_driver.stop(name)
         else:
-            log.warn(f"not restarting {name}: {names} stay invisible in it until you run: clod stop && clod run")
+            log.warn(f"not restarting {name}, so it does not show {names} until you run: clod stop && clod run")
             if (active.name, active.path) not in current:
                 raise ClodError(
                     f"project '{active.name}' is not mapped in the running VM {name}",
                     hint="clod stop, then clod run (a restart maps every project)",
                 )
             return current
-    size = resources.guest_size(resources.host_facts(), vm_driver.guest_os, os.environ.get("CLOD_CPUS"), os.environ.get("CLOD_MEMORY"))
+    _, size = resources.configured(vm_driver.guest_os)
     vm_driver.set(name, cpus=size.cpus, memory_mib=size.memory_mib)
     with log.step(f"starting {name} ({size.cpus} CPUs, {size.memory_mib} MiB, {len(wanted)} project(s))"):
         vm_driver.run(name, wanted, graphics=graphics)
@@ -150,14 +145,10 @@ def prepare(vm_driver, active: projects.Project, graphics: bool, rebuild: str | 
 
 def run(argv: list[str], project_spec: str | None, graphics: bool = False, rebuild: str | None = None) -> int:
     """Everything `clod run` and `clod shell` do; returns the remote exit status."""
-    from clod.resources import SizeError
-
     project, subdir = resolve_project(project_spec)
     vm_driver = driver()
-    try:
-        shares = prepare(vm_driver, project, graphics, rebuild)
-    except SizeError as err:
-        raise ClodError(str(err), hint="fix or unset CLOD_CPUS / CLOD_MEMORY") from None
+    resources.configured(vm_driver.guest_os)  # a bad CLOD_CPUS / CLOD_MEMORY fails now, not after a build of minutes
+    shares = prepare(vm_driver, project, graphics, rebuild)
     projects.touch(project)
     endpoint = ssh.Endpoint(vm=vm_driver.dst_name, **vm_driver.ssh_endpoint(vm_driver.dst_name, wait=boot_timeout(IP_WAIT)))
     ssh.wait_for_sshd(endpoint, timeout=boot_timeout(SSHD_WAIT))

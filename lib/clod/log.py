@@ -57,6 +57,16 @@ def debug(message: str):
         _emit(_color("2", message))
 
 
+def ask(question: str) -> bool:
+    """A yes/no question on the terminal; without one the answer is no, so
+    nothing disruptive happens in scripts and pipelines."""
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 @contextmanager
 def step(what: str):
     """Log a long step and, when it ends, how long it took."""

@@ -72,6 +72,18 @@ def guest_size(host: HostFacts, guest_os: str, cpus: str | None = None, memory: 
     return size
 
 
+def configured(guest_os: str) -> tuple[HostFacts, GuestSize]:
+    """This host's facts and the guest size with CLOD_CPUS / CLOD_MEMORY
+    applied; a bad override is an error that shows the numbers."""
+    from clod.errors import ClodError
+
+    try:
+        host = host_facts()
+        return host, guest_size(host, guest_os, os.environ.get("CLOD_CPUS"), os.environ.get("CLOD_MEMORY"))
+    except SizeError as err:
+        raise ClodError(str(err), hint="fix or unset CLOD_CPUS / CLOD_MEMORY") from None
+
+
 # ---------------------------------------------------------------- host facts
 
 

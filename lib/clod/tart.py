@@ -257,7 +257,7 @@ class TartDriver:
         """Size and start a VM being built; return its SSH endpoint."""
         from clod import resources, ssh
 
-        size = resources.guest_size(resources.host_facts(), self.guest_os, os.environ.get("CLOD_CPUS"), os.environ.get("CLOD_MEMORY"))
+        _, size = resources.configured(self.guest_os)
         self.set(name, cpus=size.cpus, memory_mib=size.memory_mib)
         self.run(name, dirs=[], graphics=False)
         return ssh.Endpoint(vm=name, **self.ssh_endpoint(name, wait=120))

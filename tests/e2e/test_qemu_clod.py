@@ -118,6 +118,10 @@ def test_changing_a_home_file_rebuilds_only_dst(qemu_env, repo):
     user_home = Path(qemu_env["XDG_CONFIG_HOME"]) / "clod" / "home"
     user_home.mkdir(parents=True, exist_ok=True)
     (user_home / ".clod-e2e-rc").write_text("from the user's own config\n")
+    # The VM runs: without a terminal to say yes, clod keeps it and says how to apply the change.
+    kept = make_run(qemu_env, repo, "-- true")
+    assert kept.returncode == 0 and "your changes apply after: clod stop" in kept.stderr, kept.stderr
+    assert clod(qemu_env, "stop").returncode == 0
     result = make_run(qemu_env, repo, "-- cat /home/clod/.clod-e2e-rc")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "from the user's own config\n"

@@ -29,18 +29,7 @@ import json
 
 from clod import backend, cli, log
 from clod.errors import ClodError
-from clod.resources import MIB, SizeError, guest_size, host_facts
-
-
-def calculate(guest_os: str):
-    import os
-
-    try:
-        host = host_facts()
-        size = guest_size(host, guest_os, os.environ.get("CLOD_CPUS"), os.environ.get("CLOD_MEMORY"))
-    except SizeError as err:
-        raise ClodError(str(err), hint="fix or unset CLOD_CPUS / CLOD_MEMORY") from None
-    return host, size
+from clod.resources import MIB, configured
 
 
 def run(args):
@@ -49,7 +38,7 @@ def run(args):
         guest_os = backend.guest_os()
     if guest_os not in ("macos", "linux"):
         raise ClodError(f"--guest={guest_os!r}: use macos or linux", exit_code=2)
-    host, size = calculate(guest_os)
+    host, size = configured(guest_os)
     log.verbose(f"host: {host.cpus} CPUs, {host.memory_bytes // MIB} MiB; guest ({guest_os}): {size.cpus} CPUs, {size.memory_mib} MiB")
     if args["--json"]:
         print(json.dumps({"cpus": size.cpus, "memory_mib": size.memory_mib, "host_cpus": host.cpus, "host_memory_mib": host.memory_bytes // MIB}))

@@ -202,7 +202,8 @@ class QemuDriver:
         (path / "launch.json").write_text(json.dumps(launch, indent=2, ensure_ascii=False) + "\n")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.ROOT / "lib"), env.get("PYTHONPATH")]))
-        with open(path / "helpers.log", "w") as helpers_log:
+        (path / "helpers.log").write_text("")  # appended to by the supervisor and its helpers alike
+        with open(path / "helpers.log", "a") as helpers_log:
             supervisor = proc.spawn([sys.executable, "-m", "clod.qemu.supervise", str(path)], stdout=helpers_log, env=env)
         self._wait_ready(name, path, supervisor, plain_boot)
 

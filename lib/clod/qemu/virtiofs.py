@@ -7,8 +7,10 @@ host. Instead it runs in a user namespace where the host user who runs clod
 
     unshare --user --map-user=1000 --map-group=1000 --keep-caps -- virtiofsd ...
 
-A single-id mapping of one's own uid needs no privilege and no /etc/subuid,
-so this is the same for root and for a normal user. --keep-caps hands the
+As root that is all. A normal user's namespace gets its maps from
+newuidmap/newgidmap instead (with one subordinate gid, so that setgroups(),
+which virtiofsd calls, stays allowed) and hands virtiofsd a listening socket,
+since it could not write its pid file under /run: see _spawn_unprivileged. --keep-caps hands the
 namespace's capabilities to virtiofsd (as ambient capabilities) so it can
 sandbox itself and switch file-system ids. The result:
   - a file the guest user creates belongs to the host user on the host;
@@ -70,12 +72,70 @@ def fuse_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
+def subgid_start() -> int:
+    """The first id of this user's /etc/subgid range (the same entry mmdebstrap needs)."""
+    import pwd
+
+    names = {pwd.getpwuid(os.getuid()).pw_name, str(os.getuid())}
+    try:
+        lines = Path("/etc/subgid").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in names and fields[2].isdigit() and int(fields[2]) > 0:
+            return int(fields[1])
+    user = pwd.getpwuid(os.getuid()).pw_name
+    raise ClodError(
+        f"sharing a directory as a normal user needs an /etc/subgid entry for {user}",
+        hint=f"sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {user}",
+    )
+
+
+def unprivileged_argv(virtiofsd: str, fd: int, source: Path) -> list[str]:
+    """Not root: the id maps are written from outside by newuidmap/newgidmap
+    (a subordinate gid beside our own keeps setgroups(), which virtiofsd
+    calls, allowed), so virtiofsd waits for them; it gets an already
+    listening socket (--fd), which needs no pid file under /run."""
+    wait = 'while [ -z "$(cat /proc/self/gid_map)" ]; do sleep 0.02; done; exec "$@"'
+    argv = virtiofsd_argv(virtiofsd, Path("unused"), source)
+    options = argv[argv.index(virtiofsd) + 2 :]
+    return ["unshare", "--user", "--keep-caps", "--", "sh", "-c", wait, "sh", virtiofsd, f"--fd={fd}", *options]
+
+
+def _spawn_unprivileged(socket_path: Path, source: Path, log_file) -> subprocess.Popen:
+    import socket
+
+    first_subgid = subgid_start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(socket_path))
+        listener.listen(1)
+        fd = listener.fileno()
+        child = proc.spawn(unprivileged_argv(virtiofsd_path(), fd, source), stdout=log_file, pass_fds=(fd,))
+        try:
+            for argv in (
+                ["newuidmap", str(child.pid), str(GUEST_UID), str(os.getuid()), "1"],
+                ["newgidmap", str(child.pid), str(GUEST_GID), str(os.getgid()), "1", "0", str(first_subgid), "1"],
+            ):
+                subprocess.run(argv, check=True, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.CalledProcessError) as err:
+            stop(child)
+            raise ClodError(
+                f"could not set up the user namespace for virtiofsd ({err})",
+                hint="sudo apt-get install uidmap; see the VM's helpers.log",
+            ) from None
+    return child
+
+
 @contextmanager
 def running_virtiofsd(socket_path: Path, source: Path, log_file):
     """Start virtiofsd for `source`, wait until its socket exists, yield the
     process, and always stop it."""
     socket_path.unlink(missing_ok=True)
-    child = proc.spawn(virtiofsd_argv(virtiofsd_path(), socket_path, source), stdout=log_file)
+    if os.getuid() == 0:
+        child = proc.spawn(virtiofsd_argv(virtiofsd_path(), socket_path, source), stdout=log_file)
+    else:
+        child = _spawn_unprivileged(socket_path, source, log_file)
     try:
         wait_for_socket(child, socket_path, f"virtiofsd for {source}")
         yield child
