@@ -6,6 +6,7 @@ remote command's, say) passes through as the handler's return value.
 """
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -19,7 +20,13 @@ def parse(doc: str, argv: list[str] | None = None) -> dict:
     try:
         return docopt(doc, argv, default_help=True)
     except DocoptExit as usage:
-        print(str(usage), file=sys.stderr)
+        text = str(usage)
+        if text.startswith("Warning: found unmatched"):
+            # docopt-ng's wording shows its internals ([Argument(None, 'x')]): say it plainly.
+            first, _, rest = text.partition("\n")
+            extra = ", ".join(re.findall(r"'((?:[^'\\]|\\.)*)'", first)) or first
+            text = f"unexpected argument(s): {extra}\n{rest}"
+        print(text, file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 

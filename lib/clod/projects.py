@@ -225,7 +225,8 @@ def check_name(name: str) -> str:
     if sanitize(name) != unicodedata.normalize("NFC", name):
         raise ClodError(
             f"invalid project name {name!r}",
-            hint=f"use letters, digits, spaces, '.', '-', '_' (no '/', ':', ',', '\\', control characters, no leading '.'), e.g. {sanitize(name)!r}",
+            hint=f"a name may hold any characters except '/', ':', ',', '\\' and control characters, may not start "
+            f"with '.', '-' or a space nor end with '.' or a space; e.g. {sanitize(name)!r}",
             exit_code=2,
         )
     return sanitize(name)

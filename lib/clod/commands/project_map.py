@@ -40,9 +40,12 @@ from clod.errors import ClodError
 
 
 def do_add(args):
+    before = next((p.name for p in projects.load() if p.path == projects.canonical(args["<dir>"])), None)
     project, created = projects.add(args["<dir>"], args["<name>"])
     if created:
         log.info(f"mapped {project.path} as '{project.name}'")
+    elif before is not None and before != project.name:
+        log.info(f"renamed '{before}' ({project.path}) to '{project.name}'; it is the active project again")
     else:
         log.info(f"'{project.name}' ({project.path}) was already mapped; it is the active project again")
     print(project.name)
