@@ -331,3 +331,31 @@ def test_projects_added_while_running_need_a_restart_and_stop_is_idempotent(buil
     assert host.vms()[DST] == "stopped"
     assert not host.vm_record().exists()
     assert len(host.calls("stop", DST)) == 1
+
+
+# ---------------------------------------------------------------- Ctrl-C without a terminal
+
+
+def test_ctrl_c_without_a_terminal_ends_the_command_in_the_guest(built_host):
+    host = built_host
+    assert host.clod_run("true").returncode == 0  # the VM runs; the next run only attaches
+    marker = host.tmp / "guest-started"
+    child = subprocess.Popen(
+        [str(BIN / "clod"), "run", "--project", str(host.project), "--", "sh", "-c", f"touch {marker}; exec sleep 1047"],
+        env=host.environ(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, cwd=host.tmp,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), child.stderr.read() if child.poll() is not None else "the guest command never started"
+    os.killpg(child.pid, signal.SIGINT)
+    try:
+        child.communicate(timeout=60)
+        # The "guest" here is this host's sshd: the command's process group must be gone.
+        left = subprocess.run(["pgrep", "-f", "^sleep 1047$"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["pkill", "-f", "^sleep 1047$"])
+        child.kill()
+    assert child.returncode == 130
+    assert left == "", "the guest command outlived the interrupt"

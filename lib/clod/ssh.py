@@ -12,6 +12,7 @@
 """
 
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -253,11 +254,36 @@ def diagnose(endpoint: Endpoint, status: int, error: str, waited: float | None =
 def session(endpoint: Endpoint, remote: str, *, tty: bool | None = None, ssh_env: dict | None = None) -> int:
     """Run `remote` in the guest attached to our terminal; return its exit status."""
     tty = wants_tty() if tty is None else tty
+    marker = None
+    if not tty:
+        # With a terminal, Ctrl-C travels to the guest as a keystroke. Without
+        # one, ssh cannot pass it on and the command would go on running (an
+        # agent still editing the project): note the remote process group,
+        # which sshd makes the session's, so an interrupt can end it.
+        marker = f"/tmp/clod-session-{secrets.token_hex(8)}"
+        remote = f"echo $$ > {marker}; {remote}"
     argv = [*base_argv(endpoint), "-t" if tty else "-T", endpoint.host, remote]
     env = dict(os.environ)
     env["TERM"] = guest_term(os.environ.get("TERM"))
     env.update(ssh_env or {})
-    return proc.run_foreground(argv, env=env)
+    try:
+        return proc.run_foreground(argv, env=env)
+    except KeyboardInterrupt:
+        if marker:
+            interrupt_remote(endpoint, marker)
+        raise
+
+
+def interrupt_remote(endpoint: Endpoint, marker: str):
+    """SIGINT, then SIGTERM, to the remote session's process group."""
+    remote = (
+        f'group=$(cat {marker} 2>/dev/null) && [ -n "$group" ] && '
+        f'{{ kill -INT -- "-$group" 2>/dev/null; sleep 2; kill -TERM -- "-$group" 2>/dev/null; rm -f {marker}; }}; true'
+    )
+    try:
+        run_capture(endpoint, remote, check=False, timeout=20)
+    except ClodError as err:
+        log.warn(f"could not stop the interrupted command in VM {endpoint.vm}: {err.message}")
 
 
 def run_capture(endpoint: Endpoint, remote: str, *, input: str | None = None, check: bool = True, timeout: float | None = None):
