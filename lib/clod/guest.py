@@ -67,7 +67,7 @@ def run_step(endpoint: ssh.Endpoint, script: str, env: dict[str, str], what: str
         where = f"step '{last_step}'" if last_step else f"{script} (before its first step)"
         raise ClodError(
             f"{what} failed in {where} (exit {status}) on VM {endpoint.vm}:\n{tail}",
-            hint=f"full output: {log_path}; the previous image is untouched",
+            hint=f"full output: {log_path}; any earlier image is untouched",
         )
 
 

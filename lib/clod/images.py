@@ -161,25 +161,35 @@ def build_guard(driver):
         sweep_dead_builds(driver)
         record = BuildRecord()
 
+        interrupted = []
+
         def on_term(signum, frame):
             raise _Terminated()
 
+        def on_int(signum, frame):
+            # Noted, because the build's child may die of the same Ctrl-C and
+            # report a failure before our KeyboardInterrupt surfaces.
+            interrupted.append(signum)
+            raise KeyboardInterrupt
+
         previous = signal.signal(signal.SIGTERM, on_term)
+        previous_int = signal.signal(signal.SIGINT, on_int)
         try:
             yield record
         except BaseException as failure:
-            old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if record.names:
                 log.info("cleaning up what this build created (Ctrl-C is ignored until it is done) ...")
             for name in reversed(list(record.names)):
                 _delete_vm(driver, name)
-            signal.signal(signal.SIGINT, old_int)
-            if isinstance(failure, _Terminated):
+            signal.signal(signal.SIGINT, previous_int)
+            if isinstance(failure, _Terminated) or (interrupted and not isinstance(failure, KeyboardInterrupt)):
                 raise KeyboardInterrupt from None
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
             record.close()
 
 

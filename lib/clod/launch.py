@@ -87,7 +87,7 @@ def make(*targets: str):
     status = proc.run_foreground(argv, env=env)
     if status != 0:
         raise ClodError(f"building the VM image failed (make {' '.join(targets)} exited {status})",
-                        hint="the messages above name the step; the previous image is still there")  # fmt: skip
+                        hint="the messages above name the step; any earlier image is still there")  # fmt: skip
 
 
 def driver_name() -> str:

@@ -40,7 +40,7 @@ def build_base(vm_dir: Path, log_file):
             tail = ":\n" + proc.tail(Path(name).read_text(errors="replace"), 10)
         raise ClodError(
             f"building the Debian base image failed (build-base.sh exited {child.returncode}){tail}",
-            hint=f"full log: {name or 'the build log'}; the previous base image is untouched",
+            hint=f"full log: {name or 'the build log'}; any earlier base image is untouched",
         )
 
 
