@@ -405,13 +405,14 @@ def test_active_after_removing_the_active_one(clod, ct):
     assert code == 1 and out == "" and "clod add" in err
 
 
-def test_touch_makes_active(ct):
+def test_using_a_project_again_makes_it_active(ct):
+    # `clod run` in a project adds it again, which is what "used" means.
     for d in ("one", "two"):
         (ct / d).mkdir()
         projects.add(str(ct / d))
-    one = next(p for p in projects.load() if p.name == "one")
-    projects.touch(one)
+    projects.add(str(ct / "one"))
     assert projects.active(projects.load()).name == "one"
+    assert len(projects.load()) == 2
 
 
 def test_dirs_order_is_stable_by_addition(clod, ct):

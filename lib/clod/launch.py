@@ -149,7 +149,6 @@ def run(argv: list[str], project_spec: str | None, graphics: bool = False, rebui
     vm_driver = driver()
     resources.configured(vm_driver.guest_os)  # a bad CLOD_CPUS / CLOD_MEMORY fails now, not after a build of minutes
     shares = prepare(vm_driver, project, graphics, rebuild)
-    projects.touch(project)
     endpoint = ssh.Endpoint(vm=vm_driver.dst_name, **vm_driver.ssh_endpoint(vm_driver.dst_name, wait=boot_timeout(IP_WAIT)))
     ssh.wait_for_sshd(endpoint, timeout=boot_timeout(SSHD_WAIT))
     remote = ssh.remote_command(argv, vm_driver.guest_os, project.name, subdir, [name for name, _ in shares])

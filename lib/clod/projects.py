@@ -293,18 +293,6 @@ def remove(spec: str) -> Project:
         return project
 
 
-def touch(project: Project) -> Project:
-    """Mark a project used now, which makes it the active one."""
-    with store.locked("projects"):
-        projects = load()
-        current = next((p for p in projects if p.path == project.path), None)
-        if current is None:
-            raise ClodError(f"project {project.path} is no longer mapped", hint=f"clod add {shlex.quote(project.path)}")
-        current.used = time.time_ns()
-        _save(projects)
-        return current
-
-
 def for_vm(projects: list[Project]) -> list[Project]:
     """The projects to share with a VM, all present on disk.
 

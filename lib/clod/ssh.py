@@ -217,6 +217,8 @@ def wants_tty() -> bool:
 def wait_for_sshd(endpoint: Endpoint, timeout: float = 90.0):
     """Return once the guest answers `true` over SSH; diagnose what ssh said
     if it never does. A refused connection means sshd is still starting."""
+    if control_dir() and proc.run([*base_argv(endpoint), "-O", "check", endpoint.host], check=False).returncode == 0:
+        return  # a shared connection to it is up: sshd answered already
     deadline = time.monotonic() + timeout
     while True:
         result = proc.run([*base_argv(endpoint), "-o", "ConnectTimeout=5", endpoint.host, "true"], check=False)
