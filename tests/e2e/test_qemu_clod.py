@@ -65,6 +65,16 @@ def test_make_run_prints_claude_codes_version_from_the_vm(qemu_env, repo):
     assert "starting clodpod-debian" in result.stderr
 
 
+def test_the_guest_home_is_configured_like_on_macos(qemu_env, repo):
+    """configure-home.sh ran in the guest: Claude Code starts without its
+    onboarding and bypass prompts, and git has the host's identity."""
+    script = "python3 -c 'import json,os; print(json.load(open(os.path.expanduser(\"~/.claude.json\")))[\"hasCompletedOnboarding\"])'" \
+        " && git config --global user.name && command -v claude"
+    result = clod(qemu_env, "run", "--project", str(repo), "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["True", "E2E Tester", "/home/clod/bin/claude"]
+
+
 def test_files_cross_both_ways_with_the_host_users_ownership(qemu_env, repo):
     (repo / "from-host.txt").write_text("written on the host\n")
     script = "cat from-host.txt && echo 'written in the guest' > from-guest.txt && echo more >> from-host.txt && id -un"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -99,9 +100,7 @@ class QemuDriver:
         try:
             with vm.new_vm_dir(name) as tmp:
                 image.make_overlay(base_dir, tmp)
-                home = Path(seed_dir) if seed_dir else None
-                if home is not None and identity:
-                    home = _with_git_identity(home, identity, tmp)
+                home = _seed_home(Path(seed_dir), identity or {}, tmp) if seed_dir else None
                 self._write_seed(tmp, name, home)
                 config = vm.read_config(base_dir)
                 vm.write_config(tmp, name=name, kind="dst", base=base, cpus=config.get("cpus", DEFAULT_CPUS),
@@ -296,13 +295,15 @@ def boot_failure(name: str, path: Path, what: str) -> ClodError:
     return ClodError(f'"{name}": {what}{details}', hint=f"full logs in {path}")
 
 
-def _with_git_identity(home: Path, identity: dict, scratch: Path) -> Path:
-    """A copy of the home tree whose .gitconfig carries the user's git identity."""
+def _seed_home(home: Path, identity: dict, scratch: Path) -> Path:
+    """What the seed puts in the guest user's home: the merged home tree staged
+    where guest-setup/common/configure-home.sh expects it, that script and its
+    environment. The guest's clod-seed runs it once per seed, as the guest
+    user, exactly as the macOS dst build does over SSH."""
     staged = scratch / "staging-home"
-    shutil.copytree(home, staged, symlinks=True)
-    fields = {"name": identity.get("CLOD_GIT_NAME"), "email": identity.get("CLOD_GIT_EMAIL")}
-    lines = ["[user]"] + [f"\t{key} = {value}" for key, value in fields.items() if value]
-    if len(lines) > 1:
-        with open(staged / ".gitconfig", "a") as gitconfig:
-            gitconfig.write("\n".join(lines) + "\n")
+    shutil.copytree(home, staged / ".cache" / "clod-home-staging", symlinks=True)
+    setup = staged / ".cache" / "clod-setup"
+    shutil.copytree(paths.ROOT / "guest-setup" / "common", setup / "common")
+    env = {"CLOD_GIT_NAME": identity.get("CLOD_GIT_NAME", ""), "CLOD_GIT_EMAIL": identity.get("CLOD_GIT_EMAIL", "")}
+    (setup / "configure.env").write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in env.items()))
     return staged
