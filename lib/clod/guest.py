@@ -7,10 +7,13 @@ tail of its output; the whole output is kept in state/logs/.
 """
 
 import io
+import os
 import shlex
 import subprocess
 import sys
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 from clod import log, paths, proc, ssh
@@ -75,10 +78,6 @@ def bootstrap_key(endpoint: ssh.Endpoint, password: str, timeout: float = 180.0)
     """First contact with a freshly pulled image: log in with its password
     (OpenSSH's SSH_ASKPASS, no extra tool), add clod's public key, and pin the
     host key seen on this first connection."""
-    import os
-    import tempfile
-    import time
-
     key = ssh.public_key()
     remote = (
         "umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && "

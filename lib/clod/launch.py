@@ -11,7 +11,7 @@
 import os
 import subprocess
 
-from clod import log, paths, proc, projects, resources, ssh, store
+from clod import backend, log, paths, proc, projects, resources, ssh, store
 from clod.errors import ClodError
 
 LAUNCH_WAIT = 3 * 3600.0  # a base build can take an hour; waiters say whom they wait for
@@ -35,8 +35,6 @@ def boot_timeout(default: int) -> int:
 
 
 def driver():
-    from clod import backend
-
     if backend.name() == "tart":
         from clod.tart import TartDriver
 
@@ -83,17 +81,12 @@ def resolve_project(spec: str | None) -> tuple[projects.Project, str]:
 def make(*targets: str):
     """Run Make for image targets; it prints only what it builds."""
     argv = ["make", "-s", "--no-print-directory", "-C", str(paths.ROOT), *targets]
-    env = dict(os.environ, CLOD_BACKEND=driver_name())
+    env = dict(os.environ, CLOD_BACKEND=backend.name())
     status = proc.run_foreground(argv, env=env)
     if status != 0:
         raise ClodError(f"building the VM image failed (make {' '.join(targets)} exited {status})",
                         hint="the messages above name the step; any earlier image is still there")  # fmt: skip
 
-
-def driver_name() -> str:
-    from clod import backend
-
-    return backend.name()
 
 
 def ensure_running(vm_driver, active: projects.Project, graphics: bool) -> list[tuple[str, str]]:

@@ -48,19 +48,14 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
     timeout: float | None = None,
-    inherit_stdin: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run argv to completion. With capture=False the child writes straight to
     our stdout/stderr (for long steps the user should watch). Bytes `input`
     (a tar stream, say) is passed as is; output is always text."""
     argv = [os.fspath(a) for a in argv]
     log.debug("+ " + shlex.join(argv))
-    if input is not None:
-        stdin = None  # subprocess.run makes the pipe for `input`
-    elif inherit_stdin:
-        stdin = None
-    else:
-        stdin = subprocess.DEVNULL
+    # subprocess.run makes the pipe for `input`; otherwise nothing is read.
+    stdin = None if input is not None else subprocess.DEVNULL
     try:
         result = subprocess.run(
             argv,

@@ -264,7 +264,7 @@ class TartDriver:
 
     def build_base(self, tmp: str):
         """Pull the Cirrus Labs image into `tmp` and install clod's tool set."""
-        from clod import guest
+        from clod import guest, ssh
 
         check_space(self, self.source_image)
         with log.step(f"cloning {self.source_image} (a first pull downloads tens of GB)"):
@@ -273,7 +273,7 @@ class TartDriver:
         guest.bootstrap_key(endpoint, os.environ.get("MACOS_PASSWORD", "admin"))
         guest.upload_setup(endpoint, "macos")
         env = {
-            "CLOD_AUTHORIZED_KEY": _public_key(),
+            "CLOD_AUTHORIZED_KEY": ssh.public_key(),
             "ALLOW_SUDO": os.environ.get("ALLOW_SUDO", "0"),
             "CLOD_HOSTNAME": self.dst_name,
             "CLAUDE_CODE_VERSION": os.environ.get("CLAUDE_CODE_VERSION", ""),
@@ -324,12 +324,6 @@ def macos_image(version: str, flavor: str) -> str:
     if flavor not in MACOS_FLAVORS:
         raise ClodError(f"MACOS_FLAVOR={flavor!r} is not one of {', '.join(MACOS_FLAVORS)}", hint="e.g. MACOS_FLAVOR=xcode")
     return f"ghcr.io/cirruslabs/macos-{version}-{flavor}:latest"
-
-
-def _public_key() -> str:
-    from clod import ssh
-
-    return ssh.public_key()
 
 
 def image_size_bytes(image: str) -> int | None:

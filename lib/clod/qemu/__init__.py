@@ -81,14 +81,14 @@ class QemuDriver:
 
     # ------------------------------------------------------------ builds
 
-    def build_base(self, name: str, progress=None):
+    def build_base(self, name: str):
         """Build into a temporary directory next to the VMs, rename it into
         place at the end; a failure removes only that directory. The build's
         output is kept in state/logs/ either way."""
         build_log = paths.state_path("logs", f"{name}-build.log")
         with vm.new_vm_dir(name) as tmp, open(build_log, "w") as output:
             with log.step(f"building {name} with mmdebstrap (log: {build_log})"):
-                image.build_base(tmp, progress or output)
+                image.build_base(tmp, output)
             vm.write_config(tmp, name=name, kind="base", cpus=DEFAULT_CPUS, memory_mib=DEFAULT_MEMORY_MIB, created=time.time())
 
     def build_dst(self, base: str, name: str, seed_dir: Path | None = None, identity: dict | None = None):
@@ -260,7 +260,7 @@ class QemuDriver:
     def exec(self, name: str, argv: list[str]) -> int:
         from clod import ssh
 
-        endpoint = ssh.Endpoint(vm=name, host="127.0.0.1", port=self.ssh_endpoint(name)["port"], user=self.ssh_user)
+        endpoint = ssh.Endpoint(vm=name, **self.ssh_endpoint(name))
         return ssh.session(endpoint, ssh.remote_command(argv, "linux"), tty=False)
 
 
